@@ -1,0 +1,196 @@
+"""On-change actions (signal a process, POST a URL, run a command), each retried with backoff."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sidecar.logs import get_logger
+from sidecar.metrics import Metrics
+
+log = get_logger("actions")
+
+URL_TIMEOUT = 10.0
+EXEC_TIMEOUT = 30.0
+RETRY_INITIAL = 0.5
+RETRY_CAP = 30.0
+
+
+class ActionFailed(Exception):
+    """Why an action did not succeed; never contains a value of a key."""
+
+
+@dataclass(frozen=True)
+class WriteNotice:
+    """What an action may know about the write that triggered it: no content."""
+
+    output: str
+    revision: int
+    sha256: str
+    size: int
+
+
+def _signal_processes(spec: str, notice: WriteNotice) -> None:
+    signame, _, name = spec.partition(":")
+    signum = signal.Signals["SIG" + signame]
+    pids = find_processes(name)
+    if not pids:
+        raise ActionFailed(f"no process named {name}")
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            raise ActionFailed(f"not permitted to signal {name} (pid {pid})") from None
+
+
+def find_processes(name: str) -> list[int]:
+    """PIDs whose command name or argv[0] basename is `name` (what pkill/pidof match)."""
+    own = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        # comm is cut to 15 characters by the kernel, so longer names are matched on argv[0].
+        if (
+            comm == name
+            or os.path.basename(argv0) == name
+            or (len(name) > 15 and comm == name[:15] and os.path.basename(argv0) == name)
+        ):
+            found.append(int(entry))
+    return found
+
+
+def _post_url(url: str, notice: WriteNotice) -> None:
+    body = json.dumps(
+        {
+            "output": notice.output,
+            "revision": notice.revision,
+            "sha256": notice.sha256,
+            "bytes": notice.size,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raise ActionFailed(f"POST answered {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ActionFailed(f"POST failed: {type(reason).__name__}") from None
+    if not 200 <= status < 300:
+        raise ActionFailed(f"POST answered {status}")
+
+
+def _run_command(command: str, notice: WriteNotice) -> None:
+    try:
+        # Output is discarded, not logged: a command may print configuration values.
+        result = subprocess.run(
+            shlex.split(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=EXEC_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ActionFailed(f"timed out after {EXEC_TIMEOUT:g}s") from None
+    except OSError as exc:
+        raise ActionFailed(f"cannot start: {exc.strerror}") from None
+    if result.returncode != 0:
+        raise ActionFailed(f"exited with code {result.returncode}")
+
+
+_PERFORMERS: dict[str, Callable[[str, WriteNotice], None]] = {
+    "signal": _signal_processes,
+    "url": _post_url,
+    "exec": _run_command,
+}
+
+
+class ActionRunner:
+    """Runs one action of one output after each written batch, on its own thread so that a slow
+    reload never delays the sync loop. A failure is retried with capped exponential backoff until
+    it succeeds or a newer write arrives, which then runs instead (once)."""
+
+    def __init__(self, kind: str, spec: str, output: str, metrics: Metrics) -> None:
+        self.kind = kind
+        self._spec = spec
+        self._output = output
+        self._metrics = metrics
+        self._perform = _PERFORMERS[kind]
+        self._cond = threading.Condition()
+        self._pending: WriteNotice | None = None
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._loop, name=f"action-{kind}-{os.path.basename(output)}", daemon=True
+        )
+        self._thread.start()
+
+    def trigger(self, notice: WriteNotice) -> None:
+        with self._cond:
+            self._pending = notice
+            self._cond.notify()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        delay = RETRY_INITIAL
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                notice, self._pending = self._pending, None
+            try:
+                self._perform(self._spec, notice)
+            except ActionFailed as exc:
+                self._metrics.reloads.labels(action=self.kind, result="failure").inc()
+                self._metrics.errors.labels(stage="reload").inc()
+                log.warning(
+                    "action_failed",
+                    action=self.kind,
+                    output=self._output,
+                    revision=notice.revision,
+                    error=str(exc),
+                    retry_in=round(delay, 2),
+                )
+                with self._cond:
+                    # Wait out the backoff unless a newer write arrives; retry the newest.
+                    self._cond.wait_for(lambda: self._pending is not None or self._stopped, delay)
+                    if self._pending is None:
+                        self._pending = notice
+                delay = min(RETRY_CAP, delay * 2) * random.uniform(0.8, 1.0)
+                continue
+            except Exception as exc:  # a bug must not kill the runner silently
+                self._metrics.reloads.labels(action=self.kind, result="failure").inc()
+                log.error("action_crashed", action=self.kind, error=type(exc).__name__)
+                continue
+            delay = RETRY_INITIAL
+            self._metrics.reloads.labels(action=self.kind, result="success").inc()
+            log.info("action_done", action=self.kind, output=self._output, revision=notice.revision)

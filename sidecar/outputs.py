@@ -1,0 +1,116 @@
+"""One output file: select its keys, render, write only when the bytes change, trigger actions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+
+from sidecar.actions import ActionRunner, WriteNotice
+from sidecar.files import read_current, remove_stale_temp_files, write_atomic
+from sidecar.logs import get_logger
+from sidecar.metrics import Metrics
+from sidecar.render import RenderError, load_template, output_names, render
+from sidecar.settings import OutputSettings
+from sidecar.state import OutputStatus
+
+log = get_logger("outputs")
+
+
+class OutputWriter:
+    """Keeps one file equal to the rendering of its keys. The file on disk at start is the
+    baseline: identical bytes are neither rewritten nor announced to on-change actions."""
+
+    def __init__(
+        self,
+        settings: OutputSettings,
+        status: OutputStatus,
+        metrics: Metrics,
+        allow_empty: bool,
+        start_actions: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.status = status
+        self._metrics = metrics
+        self._allow_empty = allow_empty
+        self._template = load_template(settings.template) if settings.template else None
+        removed = remove_stale_temp_files(settings.path)
+        if removed:
+            log.info("stale_temp_files_removed", output=settings.path, count=len(removed))
+        self._on_disk = read_current(settings.path)
+        if self._on_disk is not None:
+            status.bytes = len(self._on_disk)
+            status.sha256 = hashlib.sha256(self._on_disk).hexdigest()
+        self._runners = (
+            [
+                ActionRunner(kind, spec, settings.path, metrics)
+                for kind, spec in settings.on_change.configured()
+            ]
+            if start_actions
+            else []
+        )
+
+    def sync(self, values: Mapping[bytes, bytes], revision: int, arrival: float | None) -> bool:
+        """Bring the file up to date with `values` at `revision`; False when it could not be (the
+        last good file stays, the error is logged, counted and kept in the status)."""
+        path = self.settings.path
+        try:
+            names = output_names(values, self.settings.prefixes, self.settings.keys)
+            if not names and not self._allow_empty:
+                return self._fail("empty", "no keys found for this output", revision)
+            data = render(self.settings.format, names, revision, self._template)
+        except RenderError as exc:
+            return self._fail("render", str(exc), revision)
+        if data == self._on_disk:
+            self._succeed(revision)
+            return True
+        try:
+            write_atomic(path, data, self.settings.mode)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            return self._fail("write", f"cannot write: {reason}", revision)
+        if arrival is not None:
+            self._metrics.update_latency.observe(time.monotonic() - arrival)
+        self._on_disk = data
+        digest = hashlib.sha256(data).hexdigest()
+        self.status.bytes = len(data)
+        self.status.sha256 = digest
+        self.status.last_write = time.time()
+        self._metrics.file_writes.labels(output=path).inc()
+        log.info(
+            "file_written",
+            output=path,
+            bytes=len(data),
+            sha256=digest[:16],
+            revision=revision,
+            keys=len(names),
+        )
+        self._succeed(revision)
+        notice = WriteNotice(path, revision, digest, len(data))
+        for runner in self._runners:
+            runner.trigger(notice)
+        return True
+
+    def _succeed(self, revision: int) -> None:
+        if self.status.last_error is not None:
+            log.info("output_recovered", output=self.settings.path, revision=revision)
+        self.status.revision = revision
+        self.status.current = True
+        self.status.last_error = None
+
+    def _fail(self, stage: str, message: str, revision: int) -> bool:
+        self._metrics.errors.labels(stage=stage).inc()
+        # Repeating the same error on every event would flood the log; say it when it changes.
+        if message != self.status.last_error:
+            log.error(
+                f"{stage}_failed", output=self.settings.path, revision=revision, error=message
+            )
+        self.status.last_error = message
+        self.status.last_error_time = time.time()
+        self.status.current = False
+        return False
+
+    def stop(self) -> None:
+        for runner in self._runners:
+            runner.stop()

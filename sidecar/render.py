@@ -1,0 +1,406 @@
+"""Turn the keys of one output into the bytes of its file, in each supported format."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
+
+import jinja2
+import yaml
+
+FORMATS = ("json", "yaml", "env", "properties", "raw", "template")
+
+# Error messages list key names; a long list would drown the log line, so it is cut here.
+_MAX_NAMES_IN_MESSAGE = 10
+
+
+class RenderError(Exception):
+    """A value, name or template problem for one output.
+
+    str() names the key names involved, never a value: values may be passwords, and this message
+    ends up in logs, /v1/status and Kubernetes Events.
+    """
+
+
+class TemplateLoadError(Exception):
+    """A template file cannot be read or does not compile; the message names the file and line."""
+
+
+def _more(count: int, what: str) -> str:
+    return f" ({count - 1} more {what})" if count > 1 else ""
+
+
+def _names_text(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(repr(n) for n in ordered[:_MAX_NAMES_IN_MESSAGE])
+    if len(ordered) > _MAX_NAMES_IN_MESSAGE:
+        shown += f" and {len(ordered) - _MAX_NAMES_IN_MESSAGE} more"
+    return shown
+
+
+def output_names(
+    keys: Mapping[bytes, bytes], prefixes: Sequence[str], exact_keys: Sequence[str]
+) -> dict[str, bytes]:
+    """Select the keys that belong to one output and name them as SPEC.md says, sorted by name.
+
+    A repeated prefix counts once, so `--prefix /a/ --prefix /a/` still names keys relative to
+    `/a/`. A key whose name comes out empty (the key equals the single prefix, or is only slashes)
+    is skipped: no format can represent an empty name sensibly (an empty env NAME, a `tree` entry
+    with no path), and the prefix key itself is a directory marker for tools like etcdkeeper
+    rather than configuration.
+    """
+    wanted_prefixes = sorted({p.encode() for p in prefixes})
+    wanted_keys = {k.encode() for k in exact_keys}
+    relative_to = (
+        wanted_prefixes[0].decode() if len(wanted_prefixes) == 1 and not wanted_keys else None
+    )
+
+    named: dict[str, bytes] = {}
+    source: dict[str, str] = {}
+    bad: list[str] = []
+    collisions: list[tuple[str, str, str]] = []
+    for raw_key, value in keys.items():
+        if raw_key not in wanted_keys and not any(raw_key.startswith(p) for p in wanted_prefixes):
+            continue
+        try:
+            key = raw_key.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(repr(raw_key))
+            continue
+        name = (key.removeprefix(relative_to) if relative_to is not None else key).lstrip("/")
+        if not name:
+            continue
+        if name in named:
+            collisions.append((name, source[name], key))
+            continue
+        named[name] = value
+        source[name] = key
+
+    if bad:
+        raise RenderError(
+            f"etcd keys that are not valid UTF-8 cannot be named: {', '.join(sorted(bad))}; "
+            "rename them or narrow the prefix"
+        )
+    if collisions:
+        first = sorted(collisions)[0]
+        raise RenderError(
+            f"etcd keys {first[1]!r} and {first[2]!r} both give the name {first[0]!r}"
+            f"{_more(len(collisions), 'such clashes')}; rename one of them or use exact keys"
+        )
+    return {name: named[name] for name in sorted(named)}
+
+
+def load_template(path: str) -> jinja2.Template:
+    """Read and compile a Jinja2 template file; nothing is rendered.
+
+    The only loader serves this one file, so `{% include %}` and `{% import %}` of other files
+    fail at render time: rendering stays free of I/O and `check` has compiled everything there is.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except UnicodeDecodeError as exc:
+        raise TemplateLoadError(
+            f"template {path}: not valid UTF-8 at byte {exc.start}; save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TemplateLoadError(f"template {path}: cannot read it: {reason}") from None
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(
+            lambda name: (source, path, lambda: True) if name == path else None
+        ),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        # Output is a config file, not HTML: escaping would corrupt values containing & or <.
+        autoescape=False,
+    )
+    try:
+        return env.get_template(path)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateLoadError(
+            f"template {path} line {exc.lineno}: syntax error: {exc.message}"
+        ) from None
+
+
+def render(
+    fmt: str,
+    names: Mapping[str, bytes],
+    revision: int,
+    template: jinja2.Template | None = None,
+) -> bytes:
+    """Return the file bytes for `names` (name -> value) in `fmt`, one of FORMATS.
+
+    Same input, same bytes: the caller compares bytes to skip unchanged writes. An unknown format,
+    or `template` format without a template, is a programming error (ValueError): settings
+    validation rules those out before anything is rendered.
+    """
+    if fmt == "raw":
+        return _render_raw(names)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "template" and template is None:
+        raise ValueError("format 'template' needs a compiled template")
+
+    texts = _decode_values(names)
+    if fmt == "json":
+        return _render_json(texts)
+    if fmt == "yaml":
+        return _render_yaml(texts)
+    if fmt == "env":
+        return _render_env(texts)
+    if fmt == "properties":
+        return _render_properties(texts)
+    assert template is not None
+    return _render_template(template, texts, revision)
+
+
+def _decode_values(names: Mapping[str, bytes]) -> dict[str, str]:
+    # Text formats cannot carry arbitrary bytes faithfully; refusing (and keeping the last good
+    # file) beats writing mojibake or a lossy replacement the application would silently use.
+    texts: dict[str, str] = {}
+    bad: list[str] = []
+    for name in sorted(names):
+        try:
+            texts[name] = names[name].decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(name)
+    if bad:
+        raise RenderError(
+            f"values of keys {_names_text(bad)} are not valid UTF-8; "
+            "text formats cannot hold them (use format 'raw' for binary values)"
+        )
+    return texts
+
+
+def _render_raw(names: Mapping[str, bytes]) -> bytes:
+    if len(names) != 1:
+        listed = f": {_names_text(names)}" if names else ""
+        raise RenderError(f"raw format needs exactly one key, found {len(names)}{listed}")
+    (value,) = names.values()
+    return bytes(value)
+
+
+def _render_json(texts: dict[str, str]) -> bytes:
+    return (json.dumps(texts, sort_keys=True, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line values as literal blocks, so PEM files and scripts stay
+    readable and diffable. The emitter itself falls back to a quoted style whenever a block
+    could not reproduce the string exactly (trailing spaces, special characters)."""
+
+
+# PyYAML writes these line breaks raw in plain, single-quoted and block scalars, and its loader
+# then folds them into spaces; double quotes make the emitter write them as \N, \L and \P.
+_YAML_UNICODE_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if _YAML_UNICODE_BREAKS.search(data):
+        style = '"'
+    elif "\n" in data:
+        style = "|"
+    else:
+        style = None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_YamlDumper.add_representer(str, _represent_str)
+
+
+def _render_yaml(texts: dict[str, str]) -> bytes:
+    # An empty mapping comes out as "{}\n", which loads back as an empty mapping rather than
+    # the null an empty file would give.
+    text = yaml.dump(
+        texts,
+        Dumper=_YamlDumper,
+        default_flow_style=False,
+        allow_unicode=True,
+        sort_keys=True,
+        # Folding long values at 80 columns is legal YAML but makes diffs and grep harder.
+        width=sys.maxsize,
+    )
+    return text.encode()
+
+
+_ENV_NAME_INVALID = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _env_name(name: str) -> str:
+    """The variable name `name` gets in the env format (`db/host` -> `DB_HOST`)."""
+    # Substituting before upper-casing keeps it one character in, one character out:
+    # str.upper() would turn 'ß' into 'SS'.
+    var = _ENV_NAME_INVALID.sub("_", name).upper()
+    # A shell variable cannot start with a digit; a leading '_' keeps it a valid assignment.
+    return "_" + var if var[:1].isdigit() else var
+
+
+def _render_env(texts: dict[str, str]) -> bytes:
+    by_var: dict[str, list[str]] = {}
+    for name in texts:
+        by_var.setdefault(_env_name(name), []).append(name)
+    clashes = {var: names for var, names in by_var.items() if len(names) > 1}
+    if clashes:
+        var = min(clashes)
+        raise RenderError(
+            f"keys {_names_text(clashes[var])} all give the env name {var}"
+            f"{_more(len(clashes), 'clashing env names')}; rename a key or use another format"
+        )
+    with_nul = [name for name, value in texts.items() if "\0" in value]
+    if with_nul:
+        raise RenderError(
+            f"values of keys {_names_text(with_nul)} contain a NUL character, "
+            "which a shell variable cannot hold"
+        )
+    lines = []
+    for var in sorted(by_var):
+        value = texts[by_var[var][0]]
+        # Inside single quotes a POSIX shell treats every character literally, newlines included;
+        # only the quote itself needs closing, escaping and reopening.
+        quoted = value.replace("'", "'\\''")
+        lines.append(f"{var}='{quoted}'\n")
+    return "".join(lines).encode()
+
+
+# Characters Properties.store escapes with a backslash regardless of position.
+_PROPERTIES_ESCAPES = {
+    "\\": "\\\\",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\f": "\\f",
+    "=": "\\=",
+    ":": "\\:",
+    "#": "\\#",
+    "!": "\\!",
+}
+
+
+def _properties_escape(text: str, is_key: bool) -> str:
+    # Mirrors java.util.Properties.saveConvert with escUnicode=true, so the file is pure ASCII
+    # and Properties.load(InputStream), which reads ISO-8859-1, sees exactly these strings.
+    out = []
+    for i, ch in enumerate(text):
+        if ch == " ":
+            out.append("\\ " if is_key or i == 0 else " ")
+        elif ch in _PROPERTIES_ESCAPES:
+            out.append(_PROPERTIES_ESCAPES[ch])
+        elif " " < ch <= "~":
+            out.append(ch)
+        else:
+            # Java strings are UTF-16: a character above U+FFFF is written as its surrogate pair.
+            units = ch.encode("utf-16-be")
+            for j in range(0, len(units), 2):
+                out.append(f"\\u{units[j]:02X}{units[j + 1]:02X}")
+    return "".join(out)
+
+
+def _render_properties(texts: dict[str, str]) -> bytes:
+    by_key: dict[str, list[str]] = {}
+    for name in texts:
+        by_key.setdefault(name.replace("/", "."), []).append(name)
+    clashes = {key: names for key, names in by_key.items() if len(names) > 1}
+    if clashes:
+        key = min(clashes)
+        raise RenderError(
+            f"keys {_names_text(clashes[key])} all give the properties key {key!r}"
+            f"{_more(len(clashes), 'clashing properties keys')}; rename a key or use another format"
+        )
+    lines = []
+    # Java 18+ Properties.store sorts by String.compareTo, which compares UTF-16 code units.
+    for key in sorted(by_key, key=lambda k: k.encode("utf-16-be")):
+        value = texts[by_key[key][0]]
+        lines.append(
+            f"{_properties_escape(key, is_key=True)}={_properties_escape(value, is_key=False)}\n"
+        )
+    return "".join(lines).encode("ascii")
+
+
+class _TreeConflict(jinja2.UndefinedError):
+    """Raised when a template touches `tree` while a name is both a leaf and a parent."""
+
+
+def _build_tree(texts: dict[str, str]) -> dict | jinja2.StrictUndefined:
+    conflicts = []
+    for name in texts:
+        parts = name.split("/")
+        conflicts.extend(
+            (parent, name)
+            for parent in ("/".join(parts[:i]) for i in range(1, len(parts)))
+            if parent in texts
+        )
+    if conflicts:
+        parent, child = min(conflicts)
+        # Failing only when the template touches `tree` keeps templates that use `keys` working.
+        return jinja2.StrictUndefined(
+            exc=_TreeConflict,
+            hint=(
+                f"'tree' is unavailable: key {parent!r} is both a value and the parent of"
+                f" {child!r}{_more(len(conflicts), 'such conflicts')}; use 'keys' instead"
+            ),
+        )
+    tree: dict = {}
+    for name, value in texts.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    # Jinja rewrites tracebacks so that template frames carry the template's file and line.
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def _undefined_detail(message: str, texts: dict[str, str]) -> str | None:
+    # An undefined-variable message quotes the name that was looked up, and a template can look up
+    # a value or a piece of one (`keys[keys.other]`, `tree[keys.other[:8]]`): withhold the detail
+    # whenever a value, or a quoted piece of a value, shows up in it. Over-withholding only costs
+    # a hint; the file, line and error type are still reported.
+    quoted = [a or b for a, b in _QUOTED.findall(message)]
+    for value in texts.values():
+        if not value:
+            continue
+        if repr(value) in message or (len(value) >= 4 and value in message):
+            return None
+        if any(len(piece) >= 4 and piece in value for piece in quoted):
+            return None
+    return message
+
+
+def _render_template(template: jinja2.Template, texts: dict[str, str], revision: int) -> bytes:
+    try:
+        text = template.render(keys=texts, tree=_build_tree(texts), revision=revision)
+        return text.encode("utf-8")
+    except Exception as exc:
+        where = f"template {template.filename or template.name}"
+        line = _template_line(exc, template.filename)
+        if line is not None:
+            where += f" line {line}"
+        # Only the exception type in general: messages such as int()'s or a KeyError's quote
+        # the offending string, which here is a value.
+        detail = type(exc).__name__
+        if isinstance(exc, _TreeConflict):
+            # Our own message, built from names only.
+            detail = str(exc)
+        elif isinstance(exc, jinja2.TemplateNotFound):
+            detail += ": a template cannot include or import other files"
+        elif isinstance(exc, jinja2.UndefinedError):
+            message = _undefined_detail(str(exc), texts)
+            detail += f": {message}" if message else " (detail withheld: it quotes a value)"
+        # `from None`: a logged traceback would otherwise print the original message.
+        raise RenderError(f"{where}: {detail}") from None

@@ -1,0 +1,112 @@
+"""`run`: the sync loop on its own thread and the HTTP server on the main thread, until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+
+from sidecar.http import create_app
+from sidecar.logs import get_logger
+from sidecar.metrics import create_metrics
+from sidecar.settings import Settings
+from sidecar.syncer import Syncer, build_state
+
+log = get_logger("service")
+
+# Kubernetes waits terminationGracePeriodSeconds (30 s by default); the SPEC promises 5 s.
+SHUTDOWN_GRACE = 3.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the captured signal after its shutdown, which would turn a clean SIGTERM
+    into exit status 143; the Service owns signal handling instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    """One sidecar process: state, metrics, the sync loop and the HTTP server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = build_state(settings)
+        self.metrics = create_metrics(self.state, settings.max_staleness)
+        self.syncer = Syncer(settings, self.state, self.metrics)
+        self.app = create_app(settings, self.state, self.metrics)
+        self._crashed = False
+
+    def _sync_main(self, loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
+        try:
+            self.syncer.run()
+        except BaseException as exc:
+            # A dead sync loop must not leave a process serving stale data as if all were well.
+            self._crashed = True
+            log.error("sync_loop_crashed", error=type(exc).__name__)
+            raise
+        finally:
+            self.state.sync.loop_alive = False
+            loop.call_soon_threadsafe(done.set)
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; returns the exit status (0 after a clean shutdown)."""
+        return asyncio.run(self._serve())
+
+    async def _serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.listen_host,
+            port=self.settings.listen_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        )
+        server = _Server(config)
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            loop.call_soon_threadsafe(done.set)
+
+        # Signals are handled here, explicitly, and the previous handlers restored on the way out
+        # so that embedding (tests, `python -m`) sees the process as it was.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        sync_thread = threading.Thread(
+            target=self._sync_main, args=(loop, done), name="sync-loop", daemon=True
+        )
+        serving = asyncio.create_task(server.serve(), name="http-server")
+        try:
+            sync_thread.start()
+            log.info(
+                "started",
+                listen=self.settings.listen,
+                outputs=len(self.settings.outputs),
+                endpoints=",".join(self.settings.etcd.endpoints),
+            )
+            waiter = asyncio.create_task(done.wait(), name="shutdown-wait")
+            await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if serving.done() and not done.is_set():
+                # The server stopped by itself: it could not bind, or it crashed.
+                self.syncer.stop()
+                await asyncio.to_thread(sync_thread.join, SHUTDOWN_GRACE)
+                log.error("http_server_stopped", listen=self.settings.listen)
+                return 1
+            waiter.cancel()
+            self.syncer.stop()
+            server.should_exit = True
+            await asyncio.to_thread(sync_thread.join, SHUTDOWN_GRACE)
+            with contextlib.suppress(SystemExit):
+                await serving
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("stopped", crashed=self._crashed)
+        return 1 if self._crashed else 0

@@ -1,0 +1,306 @@
+"""The sync loop: list, write, watch, apply whole responses, relist on trouble, back off."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from sidecar.etcd import (
+    AccessDenied,
+    EtcdClient,
+    EtcdError,
+    KeyRange,
+    Progress,
+    WatchBatch,
+    WatchStalled,
+    WatchStream,
+    enclosing_range,
+)
+from sidecar.logs import get_logger
+from sidecar.metrics import Metrics
+from sidecar.outputs import OutputWriter
+from sidecar.settings import Settings
+from sidecar.state import MirrorState, OutputStatus
+
+log = get_logger("syncer")
+
+# An idle watch is asked for a progress response this often; the answer proves the stream (and the
+# path to the member) is alive and is what confirms the outputs current for --max-staleness.
+PROGRESS_INTERVAL = 5.0
+# No answer at all this long after asking: the path is frozen. 5 + 10 s stays well inside the 30 s
+# the SPEC allows for abandoning a connection that stopped answering.
+STALL_TIMEOUT = 10.0
+# The loop wakes at least this often, to notice shutdown and to prove to /health it is not stuck.
+TICK = 0.5
+BACKOFF_INITIAL = 0.1
+BACKOFF_CAP = 5.0
+TLS_CHECK_INTERVAL = 5.0
+# How often the mirror is compared with etcd by (key count, newest mod_revision) per range. It
+# catches a watch that is alive but silently incomplete, and revoked read permission, which etcd
+# does not apply to watches already open.
+VERIFY_INTERVAL = 10.0
+
+
+def selector_ranges(settings: Settings) -> list[KeyRange]:
+    ranges: dict[KeyRange, None] = {}
+    for output in settings.outputs:
+        for prefix in output.prefixes:
+            ranges[KeyRange.for_prefix(prefix)] = None
+        for key in output.keys:
+            ranges[KeyRange.for_key(key)] = None
+    return list(ranges)
+
+
+class Backoff:
+    """Exponential backoff with jitter, so that a fleet of sidecars does not retry in step."""
+
+    def __init__(self, initial: float = BACKOFF_INITIAL, cap: float = BACKOFF_CAP) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self._initial
+
+    def next(self) -> float:
+        delay = self._next * random.uniform(0.5, 1.0)
+        self._next = min(self._cap, self._next * 2)
+        return delay
+
+
+class _Restart(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Syncer:
+    """Keeps every output equal to etcd. `run()` blocks until `stop()`; `once()` syncs once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: MirrorState,
+        metrics: Metrics,
+        client: EtcdClient | None = None,
+        start_actions: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self.state = state
+        self._metrics = metrics
+        self.client = client or EtcdClient(settings.etcd)
+        self._clock = clock
+        self._ranges = list(state.ranges)
+        self._watch_range = enclosing_range(self._ranges)
+        self._stopping = threading.Event()
+        self._backoff = Backoff()
+        # A continuous stream of changes still reaches the file at least this often.
+        self._max_delay = max(1.0, 10 * settings.debounce)
+        state.sync.endpoints = settings.etcd.endpoints
+        self.writers = [
+            OutputWriter(o, status, metrics, settings.allow_empty, start_actions)
+            for o, status in zip(settings.outputs, state.outputs, strict=True)
+        ]
+        self.listeners: list[Callable[[str, dict], None]] = []
+
+    # --- public ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def once(self, timeout: float) -> bool:
+        """Write every output from one revision; retry until `timeout`. True on success."""
+        deadline = self._clock() + timeout
+        while not self._stopping.is_set():
+            try:
+                if self._relist(deadline):
+                    return True
+            except EtcdError as exc:
+                self._etcd_failed(exc)
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return False
+            self._stopping.wait(min(self._backoff.next(), remaining))
+        return False
+
+    def run(self) -> None:
+        """List, then watch; on any trouble, back off, move to another endpoint and relist."""
+        try:
+            while not self._stopping.is_set():
+                self._beat()
+                try:
+                    self._relist(None)
+                    self._watch()
+                except EtcdError as exc:
+                    self._etcd_failed(exc)
+                    self._stopping.wait(self._backoff.next())
+        finally:
+            self.state.sync.connected = False
+            self.client.close()
+            for writer in self.writers:
+                writer.stop()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        self.state.sync.heartbeat = time.monotonic()
+
+    def _emit(self, event: str, **fields: object) -> None:
+        for listener in self.listeners:
+            listener(event, fields)
+
+    def _relist(self, deadline: float | None) -> bool:
+        """Full read at one revision replacing the state, then every output written from it."""
+        started = self._clock()
+        snapshot = self.client.snapshot(self._ranges, deadline)
+        self._backoff.reset()
+        self.state.sync.access_denied = None
+        self.state.sync.endpoint = self.client.endpoint
+        self.state.replace(snapshot.revision, snapshot.kvs)
+        log.info(
+            "snapshot_read",
+            endpoint=self.client.endpoint,
+            revision=snapshot.revision,
+            keys=len(self.state.kvs),
+            seconds=round(self._clock() - started, 3),
+        )
+        ok = self._flush(None)
+        self._emit("synced" if ok else "sync_incomplete", revision=snapshot.revision)
+        return ok
+
+    def _flush(self, arrival: float | None) -> bool:
+        values = self.state.values()
+        revision = self.state.revision
+        ok = True
+        for writer in self.writers:
+            ok &= writer.sync(values, revision, arrival)
+        if ok:
+            self._confirm()
+        else:
+            failed = [w.settings.path for w in self.writers if not w.status.current]
+            self._emit("output_failed", outputs=failed, revision=revision)
+        return ok
+
+    def _confirm(self) -> None:
+        if all(w.status.current for w in self.writers):
+            self.state.sync.last_sync = time.time()
+            self.state.sync.last_sync_monotonic = time.monotonic()
+
+    def _watch(self) -> None:
+        stream = self.client.watch(self._watch_range, self.state.revision + 1)
+        self.state.sync.connected = True
+        log.info("watch_started", endpoint=stream.endpoint, revision=self.state.revision + 1)
+        try:
+            self._consume(stream)
+        except _Restart as restart:
+            self._restarted(restart.reason)
+        except EtcdError as exc:
+            self._restarted(exc.reason)
+            raise
+        finally:
+            self.state.sync.connected = False
+            stream.close()
+
+    def _consume(self, stream: WatchStream) -> None:
+        settings = self._settings
+        now = self._clock()
+        resync_at = now + settings.resync_interval if settings.resync_interval > 0 else None
+        tls_check_at = now + TLS_CHECK_INTERVAL
+        verify_at = now + VERIFY_INTERVAL
+        suspect: list[tuple[int, int]] | None = None  # etcd's fingerprint at the last mismatch
+        last_response = now
+        progress_asked: float | None = None
+        pending_since: float | None = None  # first unflushed change (monotonic)
+        last_change = 0.0
+        first_arrival: float | None = None
+        while not self._stopping.is_set():
+            self._beat()
+            timeout = TICK
+            if pending_since is not None:
+                due = min(last_change + settings.debounce, pending_since + self._max_delay)
+                timeout = min(timeout, max(0.0, due - self._clock()))
+            item = stream.next(timeout)
+            now = self._clock()
+            if item is not None:
+                last_response = now
+                progress_asked = None
+            if isinstance(item, WatchBatch):
+                before = self.state.ignored_events
+                changed = self.state.apply(item.events)
+                if self.state.ignored_events != before:
+                    self._metrics.ignored_events.inc(self.state.ignored_events - before)
+                if changed:
+                    if pending_since is None:
+                        pending_since, first_arrival = now, item.received
+                    last_change = now
+            elif isinstance(item, Progress) and pending_since is None:
+                self._confirm()
+            if pending_since is not None and now >= min(
+                last_change + settings.debounce, pending_since + self._max_delay
+            ):
+                self._flush(first_arrival)
+                pending_since = first_arrival = None
+            if progress_asked is None and now - last_response >= PROGRESS_INTERVAL:
+                stream.request_progress()
+                progress_asked = now
+            elif progress_asked is not None and now - progress_asked >= STALL_TIMEOUT:
+                raise WatchStalled(f"{stream.endpoint}: no answer for {now - last_response:.0f}s")
+            if pending_since is None and now >= verify_at:
+                suspect = self._verify(suspect)
+                verify_at = self._clock() + VERIFY_INTERVAL
+            if resync_at is not None and now >= resync_at:
+                raise _Restart("resync")
+            if now >= tls_check_at:
+                tls_check_at = now + TLS_CHECK_INTERVAL
+                if self.client.tls_files_changed():
+                    self.client.reconnect()
+                    raise _Restart("tls_rotated")
+        if pending_since is not None:
+            self._flush(first_arrival)
+
+    def _verify(self, suspect: list[tuple[int, int]] | None) -> list[tuple[int, int]] | None:
+        """Compare the mirror with etcd's fingerprint. A mismatch may be events still in flight, so
+        only the same mismatch seen twice in a row, with etcd unchanged in between, forces a
+        relist. Returns the fingerprint to remember as suspect, or None when all agree."""
+        remote = self.client.fingerprint(self._ranges)
+        local = self.state.fingerprint()
+        if remote == local:
+            self._confirm()
+            return None
+        if suspect == remote:
+            log.warning("mirror_drift", revision=self.state.revision)
+            raise _Restart("drift")
+        return remote
+
+    def _restarted(self, reason: str) -> None:
+        self.state.sync.watch_restarts += 1
+        self._metrics.watch_restarts.labels(reason=reason).inc()
+        log.info("watch_restarting", reason=reason, revision=self.state.revision)
+
+    def _etcd_failed(self, exc: EtcdError) -> None:
+        self._metrics.errors.labels(stage="etcd").inc()
+        if isinstance(exc, AccessDenied):
+            self.state.sync.access_denied = str(exc)
+        log.warning(
+            "etcd_failed",
+            reason=exc.reason,
+            error=str(exc),
+            endpoint=self.client.endpoint,
+            revision=self.state.revision,
+        )
+        self._emit("etcd_failed", reason=exc.reason)
+        self.client.fail_over()
+
+
+def build_state(settings: Settings) -> MirrorState:
+    return MirrorState(
+        ranges=selector_ranges(settings),
+        outputs=[OutputStatus(path=o.path, format=o.format) for o in settings.outputs],
+    )
