@@ -41,6 +41,12 @@ class Service:
         self.syncer = Syncer(settings, self.state, self.metrics)
         self.app = create_app(settings, self.state, self.metrics)
         self._crashed = False
+        # Kubernetes Events are optional and import the heavy client only when enabled.
+        from sidecar.k8s_events import start_events
+
+        self.events = start_events(settings, self.metrics)
+        if self.events is not None:
+            self.syncer.listeners.append(self.events.notify)
 
     def _sync_main(self, loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
         try:
@@ -108,5 +114,7 @@ class Service:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.events is not None:
+                self.events.stop()
         log.info("stopped", crashed=self._crashed)
         return 1 if self._crashed else 0

@@ -654,7 +654,7 @@ def _build_etcd(get: Any) -> EtcdSettings:
         except (OSError, UnicodeDecodeError):
             raise SettingsError(src.origin, f"cannot read {path} as UTF-8 text") from None
     if ("password" in values) != ("username" in values):
-        missing = "--etcd-username" if "username" in values else "--etcd-password"
+        missing = "--etcd-password" if "username" in values else "--etcd-username"
         raise SettingsError(missing, "etcd authentication needs both a username and a password")
     if ("cert_file" in values) != ("key_file" in values):
         missing = "--etcd-key-file" if "cert_file" in values else "--etcd-cert-file"

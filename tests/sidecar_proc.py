@@ -27,7 +27,6 @@ def run_cli(
     env: dict[str, str] | None = None,
     timeout: float = 60,
     cwd: Path | None = None,
-    user: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short-lived command (check, once, get) and capture its output."""
     full_env = {**os.environ, **(env or {})}
@@ -38,7 +37,6 @@ def run_cli(
         text=True,
         timeout=timeout,
         cwd=cwd or ROOT,
-        user=user,
     )
 
 
