@@ -39,7 +39,7 @@ class WriteNotice:
     size: int
 
 
-def _signal_processes(spec: str, notice: WriteNotice) -> None:
+def _signal_processes(spec: str, notice: WriteNotice, timeout: float) -> None:
     signame, _, name = spec.partition(":")
     signum = signal.Signals["SIG" + signame]
     pids = find_processes(name)
@@ -68,17 +68,13 @@ def find_processes(name: str) -> list[int]:
                 argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
         except OSError:
             continue
-        # comm is cut to 15 characters by the kernel, so longer names are matched on argv[0].
-        if (
-            comm == name
-            or os.path.basename(argv0) == name
-            or (len(name) > 15 and comm == name[:15] and os.path.basename(argv0) == name)
-        ):
+        # comm is cut to 15 characters by the kernel, so longer names match on argv[0] only.
+        if comm == name or os.path.basename(argv0) == name:
             found.append(int(entry))
     return found
 
 
-def _post_url(url: str, notice: WriteNotice) -> None:
+def _post_url(url: str, notice: WriteNotice, timeout: float) -> None:
     body = json.dumps(
         {
             "output": notice.output,
@@ -91,7 +87,7 @@ def _post_url(url: str, notice: WriteNotice) -> None:
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         raise ActionFailed(f"POST answered {exc.code}") from None
@@ -102,7 +98,7 @@ def _post_url(url: str, notice: WriteNotice) -> None:
         raise ActionFailed(f"POST answered {status}")
 
 
-def _run_command(command: str, notice: WriteNotice) -> None:
+def _run_command(command: str, notice: WriteNotice, timeout: float) -> None:
     try:
         # Output is discarded, not logged: a command may print configuration values.
         result = subprocess.run(
@@ -110,18 +106,20 @@ def _run_command(command: str, notice: WriteNotice) -> None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            timeout=EXEC_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise ActionFailed(f"timed out after {EXEC_TIMEOUT:g}s") from None
+        raise ActionFailed(f"timed out after {timeout:g}s") from None
     except OSError as exc:
         raise ActionFailed(f"cannot start: {exc.strerror}") from None
     if result.returncode != 0:
         raise ActionFailed(f"exited with code {result.returncode}")
 
 
-_PERFORMERS: dict[str, Callable[[str, WriteNotice], None]] = {
+# Each action is time-limited so that a hung reload endpoint or command cannot pile up behind.
+TIMEOUTS = {"signal": 5.0, "url": URL_TIMEOUT, "exec": EXEC_TIMEOUT}
+_PERFORMERS: dict[str, Callable[[str, WriteNotice, float], None]] = {
     "signal": _signal_processes,
     "url": _post_url,
     "exec": _run_command,
@@ -133,8 +131,11 @@ class ActionRunner:
     reload never delays the sync loop. A failure is retried with capped exponential backoff until
     it succeeds or a newer write arrives, which then runs instead (once)."""
 
-    def __init__(self, kind: str, spec: str, output: str, metrics: Metrics) -> None:
+    def __init__(
+        self, kind: str, spec: str, output: str, metrics: Metrics, timeout: float | None = None
+    ) -> None:
         self.kind = kind
+        self._timeout = TIMEOUTS[kind] if timeout is None else timeout
         self._spec = spec
         self._output = output
         self._metrics = metrics
@@ -168,7 +169,7 @@ class ActionRunner:
                     return
                 notice, self._pending = self._pending, None
             try:
-                self._perform(self._spec, notice)
+                self._perform(self._spec, notice, self._timeout)
             except ActionFailed as exc:
                 self._metrics.reloads.labels(action=self.kind, result="failure").inc()
                 self._metrics.errors.labels(stage="reload").inc()

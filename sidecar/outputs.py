@@ -34,6 +34,7 @@ class OutputWriter:
         self.status = status
         self._metrics = metrics
         self._allow_empty = allow_empty
+        self.failed_stage: str | None = None
         self._template = load_template(settings.template) if settings.template else None
         removed = remove_stale_temp_files(settings.path)
         if removed:
@@ -98,6 +99,7 @@ class OutputWriter:
         self.status.revision = revision
         self.status.current = True
         self.status.last_error = None
+        self.failed_stage = None
 
     def _fail(self, stage: str, message: str, revision: int) -> bool:
         self._metrics.errors.labels(stage=stage).inc()
@@ -108,6 +110,7 @@ class OutputWriter:
             )
         self.status.last_error = message
         self.status.last_error_time = time.time()
+        self.failed_stage = stage
         self.status.current = False
         return False
 

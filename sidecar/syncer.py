@@ -9,11 +9,14 @@ from collections.abc import Callable
 
 from sidecar.etcd import (
     AccessDenied,
+    Compacted,
     EtcdClient,
     EtcdError,
     KeyRange,
     Progress,
+    Unavailable,
     WatchBatch,
+    WatchCanceled,
     WatchStalled,
     WatchStream,
     enclosing_range,
@@ -41,6 +44,9 @@ TLS_CHECK_INTERVAL = 5.0
 # catches a watch that is alive but silently incomplete, and revoked read permission, which etcd
 # does not apply to watches already open.
 VERIFY_INTERVAL = 10.0
+# A write that failed (disk full, read-only or missing directory) is retried this often without
+# waiting for etcd to change, so that the file recovers as soon as the disk does.
+WRITE_RETRY_INTERVAL = 2.0
 
 
 def selector_ranges(settings: Settings) -> list[KeyRange]:
@@ -131,14 +137,24 @@ class Syncer:
         return False
 
     def run(self) -> None:
-        """List, then watch; on any trouble, back off, move to another endpoint and relist."""
+        """List, then watch. When the stream breaks, move to the next endpoint and resume the watch
+        from the last applied revision (the cheap path, which still misses nothing); relist when
+        etcd can no longer serve that revision (compaction), canceled the watch, refused access,
+        or when the resync, drift check or a certificate rotation asks for it."""
+        need_relist = True
         try:
             while not self._stopping.is_set():
                 self._beat()
                 try:
-                    self._relist(None)
-                    self._watch()
+                    if need_relist:
+                        self._relist(None)
+                        need_relist = False
+                    need_relist = self._watch()
+                except (Compacted, WatchCanceled) as exc:
+                    need_relist = True
+                    self._etcd_failed(exc)
                 except EtcdError as exc:
+                    need_relist = need_relist or isinstance(exc, AccessDenied)
                     self._etcd_failed(exc)
                     self._stopping.wait(self._backoff.next())
         finally:
@@ -160,6 +176,13 @@ class Syncer:
         """Full read at one revision replacing the state, then every output written from it."""
         started = self._clock()
         snapshot = self.client.snapshot(self._ranges, deadline)
+        if snapshot.revision < self.state.revision:
+            # A member that restarted from an old snapshot or lags behind must not take the outputs
+            # back in time; another member will answer with the current revision.
+            raise Unavailable(
+                f"{self.client.endpoint}: at revision {snapshot.revision}, behind the "
+                f"{self.state.revision} already written"
+            )
         self._backoff.reset()
         self.state.sync.access_denied = None
         self.state.sync.endpoint = self.client.endpoint
@@ -193,14 +216,17 @@ class Syncer:
             self.state.sync.last_sync = time.time()
             self.state.sync.last_sync_monotonic = time.monotonic()
 
-    def _watch(self) -> None:
+    def _watch(self) -> bool:
+        """Watch from the revision after the applied one until stopped (returns False) or until a
+        relist is due (returns True). Raises EtcdError when the stream breaks."""
         stream = self.client.watch(self._watch_range, self.state.revision + 1)
-        self.state.sync.connected = True
-        log.info("watch_started", endpoint=stream.endpoint, revision=self.state.revision + 1)
+        log.info("watch_requested", endpoint=stream.endpoint, revision=self.state.revision + 1)
         try:
             self._consume(stream)
+            return False
         except _Restart as restart:
             self._restarted(restart.reason)
+            return True
         except EtcdError as exc:
             self._restarted(exc.reason)
             raise
@@ -208,12 +234,25 @@ class Syncer:
             self.state.sync.connected = False
             stream.close()
 
+    def _established(self, stream: WatchStream) -> None:
+        """etcd confirmed the watch: from here on nothing is missed until the stream breaks."""
+        sync = self.state.sync
+        recovered = sync.endpoint != stream.endpoint or not sync.connected
+        sync.connected = True
+        sync.endpoint = stream.endpoint
+        sync.access_denied = None
+        self._backoff.reset()
+        log.info("watch_established", endpoint=stream.endpoint, revision=self.state.revision)
+        if recovered:
+            self._emit("watching", revision=self.state.revision)
+
     def _consume(self, stream: WatchStream) -> None:
         settings = self._settings
         now = self._clock()
         resync_at = now + settings.resync_interval if settings.resync_interval > 0 else None
         tls_check_at = now + TLS_CHECK_INTERVAL
         verify_at = now + VERIFY_INTERVAL
+        retry_at = now + WRITE_RETRY_INTERVAL
         suspect: list[tuple[int, int]] | None = None  # etcd's fingerprint at the last mismatch
         last_response = now
         progress_asked: float | None = None
@@ -231,6 +270,8 @@ class Syncer:
             if item is not None:
                 last_response = now
                 progress_asked = None
+                if not self.state.sync.connected and stream.created:
+                    self._established(stream)
             if isinstance(item, WatchBatch):
                 before = self.state.ignored_events
                 changed = self.state.apply(item.events)
@@ -252,6 +293,10 @@ class Syncer:
                 progress_asked = now
             elif progress_asked is not None and now - progress_asked >= STALL_TIMEOUT:
                 raise WatchStalled(f"{stream.endpoint}: no answer for {now - last_response:.0f}s")
+            if pending_since is None and now >= retry_at:
+                retry_at = now + WRITE_RETRY_INTERVAL
+                if any(w.failed_stage == "write" for w in self.writers):
+                    self._flush(None)
             if pending_since is None and now >= verify_at:
                 suspect = self._verify(suspect)
                 verify_at = self._clock() + VERIFY_INTERVAL
