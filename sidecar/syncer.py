@@ -341,7 +341,10 @@ class Syncer:
             revision=self.state.revision,
         )
         self._emit("etcd_failed", reason=exc.reason)
-        self.client.fail_over()
+        # Compaction and cancellation are answers from a healthy member: relist there. Anything
+        # else may be this member's fault, so the next attempt goes to the next endpoint.
+        if not isinstance(exc, Compacted | WatchCanceled):
+            self.client.fail_over()
 
 
 def build_state(settings: Settings) -> MirrorState:
