@@ -130,9 +130,7 @@ def make_sidecar(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 
     made: list[Sidecar] = []
 
-    def make(
-        args: list[str], env: dict[str, str] | None = None, start: bool = True
-    ) -> Sidecar:
+    def make(args: list[str], env: dict[str, str] | None = None, start: bool = True) -> Sidecar:
         args = list(args)
         if "--output" in args:
             Path(args[args.index("--output") + 1]).parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +51,7 @@ __all__ = [
     "EtcdMember",
     "EtcdStartError",
     "Etcdctl",
+    "EtcdctlError",
     "PortInUseError",
     "TlsFiles",
     "TxnResult",
@@ -183,6 +183,14 @@ class PortInUseError(EtcdStartError):
     pass
 
 
+class EtcdctlError(subprocess.CalledProcessError):
+    """etcdctl exited non-zero; ``str()`` includes its stderr (e.g. "permission denied")."""
+
+    def __str__(self) -> str:
+        err = (self.stderr or b"").decode("utf-8", "replace").strip()
+        return f"etcdctl {' '.join(map(str, self.cmd[1:]))} exited {self.returncode}: {err}"
+
+
 _LIVE: set[subprocess.Popen[bytes]] = set()
 _LIVE_LOCK = threading.Lock()
 
@@ -245,10 +253,10 @@ def _http_json(
         return json.loads(resp.read())
 
 
-def _b64(data: str | bytes) -> str:
-    if isinstance(data, str):
-        data = data.encode()
-    return base64.b64encode(data).decode()
+def _proc_state(pid: int) -> str:
+    """The state letter from /proc/PID/stat (R, S, T, Z, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _unb64(text: str | None) -> bytes:
@@ -499,7 +507,11 @@ class EtcdMember:
         return self._member_id
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (a paused member is continued so it can exit) and wait; SIGKILL on timeout."""
+        """SIGTERM (a paused member is continued so it can exit) and wait; SIGKILL on timeout.
+
+        Returns the exit status: -15 after a clean shutdown (etcd re-raises SIGTERM on itself).
+        A leader of a multi-member cluster first hands leadership over, which takes ~1 s.
+        """
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc is not None else None
@@ -529,19 +541,32 @@ class EtcdMember:
         self.paused = False
         return rc
 
-    def pause(self) -> None:
-        """SIGSTOP: the process stays, its sockets stay open, nothing answers."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP, and wait until every thread is stopped (state T): the process stays, its
+        sockets stay open, nothing answers."""
         if not self.running:
             raise RuntimeError(f"{self.name} is not running")
         os.kill(self.pid, signal.SIGSTOP)
         self.paused = True
+        wait_until(
+            lambda: _proc_state(self.pid) == "T",
+            timeout=timeout,
+            interval=0.001,
+            message=f"{self.name} did not stop after SIGSTOP",
+        )
 
-    def resume(self) -> None:
-        """SIGCONT."""
+    def resume(self, timeout: float = 5.0) -> None:
+        """SIGCONT, and wait until the process is no longer stopped."""
         if not self.running:
             raise RuntimeError(f"{self.name} is not running")
         os.kill(self.pid, signal.SIGCONT)
         self.paused = False
+        wait_until(
+            lambda: _proc_state(self.pid) != "T",
+            timeout=timeout,
+            interval=0.001,
+            message=f"{self.name} did not continue after SIGCONT",
+        )
 
     def restart(self, timeout: float = 15.0, *, wait: bool = True) -> EtcdMember:
         """Stop if running, then start again with the same data dir and ports."""
@@ -737,19 +762,20 @@ class EtcdCluster:
         return next(m for m in self.members if m.name == name)
 
     def stop_all(self) -> None:
-        """Graceful SIGTERM of every member: the leader first, then the others in parallel.
+        """Graceful SIGTERM of every member: the followers in parallel, then the leader.
 
-        Order matters in etcd 3.5.1: a leader tries to hand leadership over on SIGTERM (~1 s);
-        when its followers are stopping at the same time that hand-over times out (~6 s).
+        Order matters in etcd 3.5.1: a leader hands leadership over on SIGTERM (~1 s, and ~6 s
+        when the transferee is itself stopping); a follower's SIGTERM takes ~1 s while a leader
+        is up; a leader whose followers are gone stops at once. Followers first costs ~1 s.
         """
         leader = self._find_leader()
-        if leader is not None:
-            leader.stop()
         threads = [threading.Thread(target=m.stop) for m in self.members if m is not leader]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if leader is not None:
+            leader.stop()
 
     def kill_all(self) -> None:
         for m in self.members:
@@ -863,8 +889,8 @@ class Etcdctl:
         timeout: float | None = None,
         check: bool = True,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run etcdctl with the connection flags; raise CalledProcessError (with stderr) when
-        ``check`` and the exit code is not 0."""
+        """Run etcdctl with the connection flags. With ``check``, a non-zero exit raises
+        EtcdctlError (a CalledProcessError whose message includes etcdctl's stderr)."""
         if timeout is None:
             timeout = self.dial_timeout + self.command_timeout + 10
         proc = subprocess.run(
@@ -876,9 +902,7 @@ class Etcdctl:
             check=False,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, proc.args, proc.stdout, proc.stderr
-            ) from RuntimeError(proc.stderr.decode("utf-8", "replace").strip())
+            raise EtcdctlError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
 
     def run_json(self, *args: str, input: bytes | None = None) -> Any:

@@ -14,6 +14,7 @@ import pytest
 from etcd_harness import (
     EtcdCluster,
     Etcdctl,
+    EtcdctlError,
     EtcdMember,
     PortInUseError,
     free_port,
@@ -275,9 +276,9 @@ def test_auth_helpers(etcd: EtcdMember) -> None:
         anonymous.get("/apps/shop/db")
     reader = anonymous.with_user("reader", "reader-pass")
     assert reader.get_prefix("/apps/shop/") == {"/apps/shop/db": "pg"}
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(EtcdctlError, match="permission denied"):
         reader.get("/apps/other/db")
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(EtcdctlError, match="permission denied"):
         reader.put("/apps/shop/db", "hacked")
 
     assert admin.txn([("put", "/apps/shop/db", "mysql")]).succeeded  # python client, authed
@@ -443,13 +444,19 @@ def test_proxy_retarget(etcd: EtcdMember, make_etcd, make_proxy) -> None:
 
 
 def test_proxy_to_dead_target_resets_client(make_proxy) -> None:
-    proxy = make_proxy("127.0.0.1", free_port())
-    with socket.create_connection(proxy.address, timeout=5) as sock:
-        sock.settimeout(5)
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connecting to it is refused
+        proxy = make_proxy("127.0.0.1", dead.getsockname()[1])
+        # the RST can already surface in connect() (Python's connect with a timeout reads
+        # SO_ERROR after the handshake), or later in send/recv
         with pytest.raises(ConnectionError):
-            sock.sendall(b"x")
-            if sock.recv(1) == b"":
-                raise ConnectionError("closed")
+            with socket.create_connection(proxy.address, timeout=5) as sock:
+                sock.sendall(b"x")
+                if sock.recv(1) == b"":
+                    raise ConnectionError("closed")
+        wait_until(lambda: proxy.accepted_total == 1, timeout=5, message="proxy accepted")
+        assert proxy.accepted_total == 1
+        assert proxy.active_connections() == 0
 
 
 def test_proxy_close_leaks_no_threads_or_fds(etcd: EtcdMember) -> None:
