@@ -108,6 +108,7 @@ class Settings:
     # Downward-API identity of the sidecar's own pod, for Kubernetes Events.
     pod_name: str | None = None
     pod_namespace: str | None = None
+    pod_uid: str | None = None
 
     @property
     def listen(self) -> str:
@@ -582,6 +583,13 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
     else:
         outputs = [_single_output(get, default_mode, default_actions)]
 
+    if values.get("kubernetes_events") == "on" and not (
+        environ.get("POD_NAME") and environ.get("POD_NAMESPACE")
+    ):
+        raise SettingsError(
+            get("kubernetes_events").origin,
+            "on needs POD_NAME and POD_NAMESPACE from the downward API (or use auto)",
+        )
     paths = [o.path for o in outputs]
     duplicate = next((p for p in paths if paths.count(p) > 1), None)
     if duplicate:
@@ -592,6 +600,7 @@ def build_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Sett
         outputs=tuple(outputs),
         pod_name=environ.get("POD_NAME") or None,
         pod_namespace=environ.get("POD_NAMESPACE") or None,
+        pod_uid=environ.get("POD_UID") or None,
         **values,
     )
 

@@ -159,7 +159,11 @@ class PodSimulator:
 
     @staticmethod
     def field(path: str) -> str:
-        return {"metadata.name": POD_NAME, "metadata.namespace": NAMESPACE}[path]
+        return {
+            "metadata.name": POD_NAME,
+            "metadata.namespace": NAMESPACE,
+            "metadata.uid": "0b6b3c5e-5d1c-4f7e-9a57-2f1d4c9b8a10",
+        }[path]
 
     # --- process ---------------------------------------------------------------------------------
 

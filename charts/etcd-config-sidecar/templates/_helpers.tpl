@@ -242,6 +242,11 @@ that kubelet would reject.
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+# kubectl describe pod selects Events by the Pod's uid as well as its name.
+- name: POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
 {{- with $v.sidecar.extraEnv }}
 {{ toYaml . }}
 {{- end }}
