@@ -32,9 +32,9 @@ log = get_logger("syncer")
 # An idle watch is asked for a progress response this often; the answer proves the stream (and the
 # path to the member) is alive and is what confirms the outputs current for --max-staleness.
 PROGRESS_INTERVAL = 5.0
-# No answer at all this long after asking: the path is frozen. 5 + 10 s stays well inside the 30 s
+# No answer at all this long after asking: the path is frozen. 5 + 8 s stays well inside the 30 s
 # the SPEC allows for abandoning a connection that stopped answering.
-STALL_TIMEOUT = 10.0
+STALL_TIMEOUT = 8.0
 # The loop wakes at least this often, to notice shutdown and to prove to /health it is not stuck.
 TICK = 0.5
 BACKOFF_INITIAL = 0.1
