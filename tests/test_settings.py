@@ -249,3 +249,12 @@ def test_template_with_syntax_error_exits_2(out_dir, tmp_path):
 
 def test_unknown_flag_exits_2_with_one_line():
     _one_line_error(run_cli("run", "--prefix", "/a/", "--colour", "blue"), "--colour")
+
+
+def test_kubernetes_events_on_needs_the_pod_identity():
+    with pytest.raises(SettingsError) as info:
+        settings_for(["run", "--prefix", "/a/", "--kubernetes-events", "on"])
+    assert info.value.setting == "--kubernetes-events"
+    env = {"POD_NAME": "shop-0", "POD_NAMESPACE": "shop", "POD_UID": "u-1"}
+    s = settings_for(["run", "--prefix", "/a/", "--kubernetes-events", "on"], env)
+    assert (s.pod_name, s.pod_namespace, s.pod_uid) == ("shop-0", "shop", "u-1")
