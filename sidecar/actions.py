@@ -31,12 +31,14 @@ class ActionFailed(Exception):
 
 @dataclass(frozen=True)
 class WriteNotice:
-    """What an action may know about the write that triggered it: no content."""
+    """What an action may know about the batch that triggered it: files, hashes, no content."""
 
-    output: str
     revision: int
-    sha256: str
-    size: int
+    files: tuple[tuple[str, str, int], ...]  # (path, sha256, bytes) of each file rewritten
+
+    @property
+    def outputs(self) -> str:
+        return ",".join(path for path, _, _ in self.files)
 
 
 def _signal_processes(spec: str, notice: WriteNotice, timeout: float) -> None:
@@ -77,10 +79,11 @@ def find_processes(name: str) -> list[int]:
 def _post_url(url: str, notice: WriteNotice, timeout: float) -> None:
     body = json.dumps(
         {
-            "output": notice.output,
             "revision": notice.revision,
-            "sha256": notice.sha256,
-            "bytes": notice.size,
+            "outputs": [
+                {"path": path, "sha256": digest, "bytes": size}
+                for path, digest, size in notice.files
+            ],
         }
     ).encode()
     request = urllib.request.Request(
@@ -127,25 +130,22 @@ _PERFORMERS: dict[str, Callable[[str, WriteNotice, float], None]] = {
 
 
 class ActionRunner:
-    """Runs one action of one output after each written batch, on its own thread so that a slow
+    """Runs one action after each written batch, on its own thread so that a slow
     reload never delays the sync loop. A failure is retried with capped exponential backoff until
     it succeeds or a newer write arrives, which then runs instead (once)."""
 
     def __init__(
-        self, kind: str, spec: str, output: str, metrics: Metrics, timeout: float | None = None
+        self, kind: str, spec: str, metrics: Metrics, timeout: float | None = None
     ) -> None:
         self.kind = kind
         self._timeout = TIMEOUTS[kind] if timeout is None else timeout
         self._spec = spec
-        self._output = output
         self._metrics = metrics
         self._perform = _PERFORMERS[kind]
         self._cond = threading.Condition()
         self._pending: WriteNotice | None = None
         self._stopped = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"action-{kind}-{os.path.basename(output)}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name=f"action-{kind}", daemon=True)
         self._thread.start()
 
     def trigger(self, notice: WriteNotice) -> None:
@@ -170,15 +170,18 @@ class ActionRunner:
                 notice, self._pending = self._pending, None
             try:
                 self._perform(self._spec, notice, self._timeout)
-            except ActionFailed as exc:
+            except Exception as exc:
+                # Any failure, expected (ActionFailed) or not (a malformed HTTP answer), is
+                # counted and retried: an unexpected exception must not drop a reload.
+                error = str(exc) if isinstance(exc, ActionFailed) else type(exc).__name__
                 self._metrics.reloads.labels(action=self.kind, result="failure").inc()
                 self._metrics.errors.labels(stage="reload").inc()
                 log.warning(
                     "action_failed",
                     action=self.kind,
-                    output=self._output,
+                    outputs=notice.outputs,
                     revision=notice.revision,
-                    error=str(exc),
+                    error=error,
                     retry_in=round(delay, 2),
                 )
                 with self._cond:
@@ -188,10 +191,8 @@ class ActionRunner:
                         self._pending = notice
                 delay = min(RETRY_CAP, delay * 2) * random.uniform(0.8, 1.0)
                 continue
-            except Exception as exc:  # a bug must not kill the runner silently
-                self._metrics.reloads.labels(action=self.kind, result="failure").inc()
-                log.error("action_crashed", action=self.kind, error=type(exc).__name__)
-                continue
             delay = RETRY_INITIAL
             self._metrics.reloads.labels(action=self.kind, result="success").inc()
-            log.info("action_done", action=self.kind, output=self._output, revision=notice.revision)
+            log.info(
+                "action_done", action=self.kind, outputs=notice.outputs, revision=notice.revision
+            )

@@ -184,8 +184,11 @@ def _classify(exc: grpc.RpcError, endpoint: str) -> EtcdError:
 class _Connection:
     """One channel to one endpoint, authenticated if a user is configured."""
 
-    def __init__(self, settings: EtcdSettings, endpoint: str, host: str, port: int) -> None:
+    def __init__(
+        self, settings: EtcdSettings, endpoint: str, host: str, port: int, timeout: float
+    ) -> None:
         self.endpoint = endpoint
+        self._timeout = timeout
         target = f"{host}:{port}"
         if settings.uses_tls:
             self.channel = grpc.secure_channel(
@@ -218,7 +221,7 @@ class _Connection:
             name=self._settings.username, password=self._settings.password or ""
         )
         try:
-            response = self._authenticate_call(request, timeout=REQUEST_TIMEOUT)
+            response = self._authenticate_call(request, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise _classify(exc, self.endpoint) from None
         self.metadata = (("token", response.token),)
@@ -310,7 +313,9 @@ class EtcdClient:
         with self._lock:
             if self._connection is None:
                 endpoint, (host, port) = self._targets[self._index]
-                self._connection = _Connection(self._settings, endpoint, host, port)
+                self._connection = _Connection(
+                    self._settings, endpoint, host, port, self.request_timeout
+                )
             return self._connection
 
     def fail_over(self) -> None:

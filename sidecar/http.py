@@ -107,7 +107,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
         missing = state.missing_for_ready(time.monotonic(), settings.max_staleness)
         if missing:
             return JSONResponse({"status": "not ready", "missing": missing}, 503)
-        return JSONResponse({"status": "ready", "revision": state.revision})
+        return JSONResponse({"status": "ready", "revision": state.outputs_revision})
 
     def metrics_endpoint(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -147,7 +147,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
                 "endpoints": list(sync.endpoints),
                 "endpoint": sync.endpoint,
                 "connected": sync.connected,
-                "revision": state.revision,
+                "revision": state.outputs_revision,
                 "keys": len(state.kvs),
                 "last_sync": _iso(sync.last_sync),
                 "last_sync_timestamp": sync.last_sync,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import sys
 import urllib.error
@@ -16,6 +18,9 @@ def get_command(key: str, url: str, timeout: float) -> int:
     3 sidecar unreachable (or answering something other than the key or a 404)."""
     if not key.strip("/"):
         sys.stderr.write("etcd-config-sidecar get: KEY must name a key, e.g. /apps/shop/db/host\n")
+        return EXIT_USAGE
+    if not timeout > 0:
+        sys.stderr.write("etcd-config-sidecar get: --timeout must be more than 0 seconds\n")
         return EXIT_USAGE
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -36,6 +41,19 @@ def get_command(key: str, url: str, timeout: float) -> int:
         reason = getattr(exc, "reason", exc)
         sys.stderr.write(f"etcd-config-sidecar get: cannot reach {url}: {reason}\n")
         return EXIT_UNREACHABLE
-    value = body.get("value", "")
+    value = body.get("value") if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        sys.stderr.write(f"etcd-config-sidecar get: {url} did not answer like a sidecar\n")
+        return EXIT_UNREACHABLE
+    if body.get("value_encoding") == "base64":
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            sys.stderr.write(f"etcd-config-sidecar get: {url} sent a malformed value\n")
+            return EXIT_UNREACHABLE
+        # Not UTF-8: print the bytes as they are in etcd, with no newline added.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        return EXIT_FOUND
     sys.stdout.write(value if value.endswith("\n") else value + "\n")
     return EXIT_FOUND

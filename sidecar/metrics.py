@@ -13,7 +13,6 @@ from sidecar import __version__
 from sidecar.state import MirrorState
 
 ERROR_STAGES = ("etcd", "render", "write", "reload", "empty")
-RESTART_REASONS = ("error", "unavailable", "stalled", "compacted", "canceled", "access_denied")
 # From sub-millisecond (a debounce of 0 on loopback) to the seconds a large rewrite can take.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -83,7 +82,9 @@ class StateCollector(Collector):
             float(state.sync.connected),
         )
         yield _gauge(
-            "etcd_sidecar_revision", "etcd revision the outputs reflect.", float(state.revision)
+            "etcd_sidecar_revision",
+            "etcd revision the outputs reflect.",
+            float(state.outputs_revision),
         )
         yield _gauge("etcd_sidecar_keys", "Number of mirrored keys.", float(len(state.kvs)))
         yield _gauge(

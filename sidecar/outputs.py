@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Mapping
 
-from sidecar.actions import ActionRunner, WriteNotice
 from sidecar.files import read_current, remove_stale_temp_files, write_atomic
 from sidecar.logs import get_logger
 from sidecar.metrics import Metrics
@@ -28,7 +27,6 @@ class OutputWriter:
         status: OutputStatus,
         metrics: Metrics,
         allow_empty: bool,
-        start_actions: bool = True,
     ) -> None:
         self.settings = settings
         self.status = status
@@ -43,19 +41,15 @@ class OutputWriter:
         if self._on_disk is not None:
             status.bytes = len(self._on_disk)
             status.sha256 = hashlib.sha256(self._on_disk).hexdigest()
-        self._runners = (
-            [
-                ActionRunner(kind, spec, settings.path, metrics)
-                for kind, spec in settings.on_change.configured()
-            ]
-            if start_actions
-            else []
-        )
+        # (sha256, bytes) of the file when the last sync() rewrote it, else None: the syncer
+        # gathers these into one on-change notice per batch.
+        self.written: tuple[str, int] | None = None
 
     def sync(self, values: Mapping[bytes, bytes], revision: int, arrival: float | None) -> bool:
         """Bring the file up to date with `values` at `revision`; False when it could not be (the
         last good file stays, the error is logged, counted and kept in the status)."""
         path = self.settings.path
+        self.written = None
         try:
             names = output_names(values, self.settings.prefixes, self.settings.keys)
             if not names and not self._allow_empty:
@@ -64,6 +58,7 @@ class OutputWriter:
         except RenderError as exc:
             return self._fail("render", str(exc), revision)
         if data == self._on_disk:
+            self._apply_mode()
             self._succeed(revision)
             return True
         try:
@@ -88,10 +83,16 @@ class OutputWriter:
             keys=len(names),
         )
         self._succeed(revision)
-        notice = WriteNotice(path, revision, digest, len(data))
-        for runner in self._runners:
-            runner.trigger(notice)
+        self.written = (digest, len(data))
         return True
+
+    def _apply_mode(self) -> None:
+        """A changed --file-mode applies even when the bytes are already right."""
+        try:
+            if os.stat(self.settings.path).st_mode & 0o777 != self.settings.mode:
+                os.chmod(self.settings.path, self.settings.mode)
+        except OSError:
+            pass  # the next write reports real trouble
 
     def _succeed(self, revision: int) -> None:
         if self.status.last_error is not None:
@@ -113,7 +114,3 @@ class OutputWriter:
         self.failed_stage = stage
         self.status.current = False
         return False
-
-    def stop(self) -> None:
-        for runner in self._runners:
-            runner.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -62,9 +63,17 @@ class Service:
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; returns the exit status (0 after a clean shutdown)."""
-        return asyncio.run(self._serve())
+        # Bind before anything else starts, so that a busy port fails fast and cleanly, before
+        # any file is written by a process that is about to exit.
+        try:
+            listener = _bind(self.settings.listen_host, self.settings.listen_port)
+        except OSError as exc:
+            log.error("listen_failed", listen=self.settings.listen, error=exc.strerror)
+            return 1
+        with listener:
+            return asyncio.run(self._serve(listener))
 
-    async def _serve(self) -> int:
+    async def _serve(self, listener: socket.socket) -> int:
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
         config = uvicorn.Config(
@@ -88,7 +97,7 @@ class Service:
         sync_thread = threading.Thread(
             target=self._sync_main, args=(loop, done), name="sync-loop", daemon=True
         )
-        serving = asyncio.create_task(server.serve(), name="http-server")
+        serving = asyncio.create_task(server.serve(sockets=[listener]), name="http-server")
         try:
             sync_thread.start()
             log.info(
@@ -100,7 +109,7 @@ class Service:
             waiter = asyncio.create_task(done.wait(), name="shutdown-wait")
             await asyncio.wait({serving, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if serving.done() and not done.is_set():
-                # The server stopped by itself: it could not bind, or it crashed.
+                # The server stopped by itself: it crashed.
                 self.syncer.stop()
                 await asyncio.to_thread(sync_thread.join, SHUTDOWN_GRACE)
                 log.error("http_server_stopped", listen=self.settings.listen)
@@ -118,3 +127,17 @@ class Service:
                 self.events.stop()
         log.info("stopped", crashed=self._crashed)
         return 1 if self._crashed else 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        listener.set_inheritable(True)
+    except OSError:
+        listener.close()
+        raise
+    return listener

@@ -203,14 +203,38 @@ class _Source:
     origin: str
 
 
+def _yaml_loader() -> type:
+    """SafeLoader that reads only plain decimal numbers as integers. YAML 1.1 would read `0644` as
+    octal 420 and `0123` as 83, silently changing a file mode or a password; here such scalars stay
+    strings and each setting parses its own text."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    int_tag = "tag:yaml.org,2002:int"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != int_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        int_tag, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789")
+    )
+    return Loader
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     import yaml
 
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_yaml_loader())  # a SafeLoader subclass: no objects
     except OSError as exc:
         raise SettingsError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError("--config", f"{path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -300,9 +324,11 @@ def _as_str(src: _Source) -> str:
 
 
 def _as_float(src: _Source, minimum: float = 0.0) -> float:
+    if isinstance(src.value, bool):
+        raise SettingsError(src.origin, f"{src.value!r} is not a number of seconds")
     try:
         number = float(src.value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SettingsError(src.origin, f"{src.value!r} is not a number of seconds") from None
     if not number >= minimum or number == float("inf"):
         raise SettingsError(src.origin, f"{src.value!r} must be a finite number >= {minimum:g}")
@@ -332,16 +358,14 @@ def _as_choice(src: _Source, choices: Sequence[str]) -> str:
 
 
 def _as_mode(src: _Source) -> int:
-    # YAML 1.1 reads an unquoted 0644 as the octal integer 420 already.
-    if isinstance(src.value, int) and not isinstance(src.value, bool):
-        mode = src.value
-    else:
-        try:
-            mode = int(str(src.value), 8)
-        except ValueError:
-            raise SettingsError(
-                src.origin, f"{src.value!r} is not an octal mode like 0644"
-            ) from None
+    # Like chmod, digits are octal whether written 0644, "0644" or 644 (the YAML loader keeps
+    # leading-zero numbers as text, so 644 is the only form that arrives as an integer).
+    if isinstance(src.value, bool):
+        raise SettingsError(src.origin, f"{src.value!r} is not an octal mode like 0644")
+    try:
+        mode = int(str(src.value), 8)
+    except ValueError:
+        raise SettingsError(src.origin, f"{src.value!r} is not an octal mode like 0644") from None
     if not 0 <= mode <= 0o777:
         raise SettingsError(src.origin, f"{src.value!r} is not a file mode between 0000 and 0777")
     if not mode & stat.S_IRUSR:
@@ -349,7 +373,22 @@ def _as_mode(src: _Source) -> int:
     return mode
 
 
+def _without_userinfo(url: str) -> str:
+    """A URL as safe to print: credentials embedded in it are cut out."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://***@{host}"
+
+
 def _check_endpoint(url: str, origin: str) -> str:
+    if "@" in url:
+        raise SettingsError(
+            origin,
+            f"{_without_userinfo(url)!r} must not carry credentials; use --etcd-username and "
+            "--etcd-password-file",
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise SettingsError(origin, f"{url!r} must start with http:// or https://")
@@ -392,7 +431,8 @@ def _check_signal_action(value: str, origin: str) -> str:
 def _check_url_action(value: str, origin: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(origin, f"{value!r} must be an http:// or https:// URL")
+        shown = _without_userinfo(value)
+        raise SettingsError(origin, f"{shown!r} must be an http:// or https:// URL")
     return value
 
 
@@ -444,6 +484,20 @@ def _check_prefix_or_key(value: str, origin: str) -> str:
         raise SettingsError(origin, "must not be empty")
     if "\x00" in value:
         raise SettingsError(origin, "must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(origin, "must be valid UTF-8") from None
+    return value
+
+
+def _check_path(value: str, origin: str) -> str:
+    if "\x00" in value or "\n" in value:
+        raise SettingsError(origin, "must not contain NUL or newline characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(origin, "must be valid UTF-8") from None
     return value
 
 
@@ -479,7 +533,7 @@ def _outputs_from_yaml(
         mode = _as_mode(_Source(item["mode"], where("mode"))) if "mode" in item else default_mode
         outputs.append(
             _checked_output(
-                path=_as_str(_Source(item["path"], where("path"))),
+                path=_check_path(_as_str(_Source(item["path"], where("path"))), where("path")),
                 prefixes=[_check_prefix_or_key(p, where("prefix")) for p in prefixes],
                 keys=[_check_prefix_or_key(k, where("keys")) for k in keys],
                 fmt=fmt,
@@ -627,7 +681,9 @@ def _single_output(get: Any, default_mode: int, actions: ActionSettings) -> Outp
         "format": fmt_src.origin if fmt_src else "--format",
     }
     return _checked_output(
-        path=_as_str(output_src) if output_src else "/config/config.json",
+        path=_check_path(_as_str(output_src), output_src.origin)
+        if output_src
+        else "/config/config.json",
         prefixes=prefixes,
         keys=keys,
         fmt=fmt,

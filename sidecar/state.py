@@ -82,6 +82,14 @@ class MirrorState:
             self.revision = max(self.revision, fresh[-1].mod_revision)
         return changed
 
+    @property
+    def outputs_revision(self) -> int:
+        """The etcd revision every output reflects (the oldest among them; 0 before any)."""
+        revisions = [o.revision for o in self.outputs]
+        if not revisions or None in revisions:
+            return 0
+        return min(r for r in revisions if r is not None)
+
     def fingerprint(self) -> list[tuple[int, int]]:
         """(key count, newest mod_revision) per range, as EtcdClient.fingerprint reports them."""
         result = []

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from sidecar.actions import ActionRunner, WriteNotice
 from sidecar.etcd import (
     AccessDenied,
     Compacted,
@@ -105,11 +106,28 @@ class Syncer:
         self._backoff = Backoff()
         # A continuous stream of changes still reaches the file at least this often.
         self._max_delay = max(1.0, 10 * settings.debounce)
+        # Each progress answer re-confirms the outputs; ask often enough that a healthy, idle
+        # sidecar never looks stale to a short --max-staleness.
+        self._progress_interval = PROGRESS_INTERVAL
+        if settings.max_staleness > 0:
+            self._progress_interval = min(PROGRESS_INTERVAL, max(0.5, settings.max_staleness / 3))
         state.sync.endpoints = settings.etcd.endpoints
         self.writers = [
-            OutputWriter(o, status, metrics, settings.allow_empty, start_actions)
+            OutputWriter(o, status, metrics, settings.allow_empty)
             for o, status in zip(settings.outputs, state.outputs, strict=True)
         ]
+        # One runner per distinct action: outputs that share an action (the --on-change-* defaults
+        # apply to every output) trigger it once per written batch, not once per file.
+        self._runners: dict[tuple[str, str], ActionRunner] = {}
+        self._actions_of: list[list[ActionRunner]] = []
+        for output in settings.outputs:
+            runners = []
+            if start_actions:
+                for kind, spec in output.on_change.configured():
+                    if (kind, spec) not in self._runners:
+                        self._runners[kind, spec] = ActionRunner(kind, spec, metrics)
+                    runners.append(self._runners[kind, spec])
+            self._actions_of.append(runners)
         self.listeners: list[Callable[[str, dict], None]] = []
 
     # --- public ----------------------------------------------------------------------------------
@@ -124,16 +142,15 @@ class Syncer:
     def once(self, timeout: float) -> bool:
         """Write every output from one revision; retry until `timeout`. True on success."""
         deadline = self._clock() + timeout
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._clock() < deadline:
             try:
                 if self._relist(deadline):
                     return True
             except EtcdError as exc:
                 self._etcd_failed(exc)
             remaining = deadline - self._clock()
-            if remaining <= 0:
-                return False
-            self._stopping.wait(min(self._backoff.next(), remaining))
+            if remaining > 0:
+                self._stopping.wait(min(self._backoff.next(), remaining))
         return False
 
     def run(self) -> None:
@@ -160,8 +177,8 @@ class Syncer:
         finally:
             self.state.sync.connected = False
             self.client.close()
-            for writer in self.writers:
-                writer.stop()
+            for runner in self._runners.values():
+                runner.stop()
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -202,8 +219,14 @@ class Syncer:
         values = self.state.values()
         revision = self.state.revision
         ok = True
-        for writer in self.writers:
+        batch: dict[ActionRunner, list[tuple[str, str, int]]] = {}
+        for writer, runners in zip(self.writers, self._actions_of, strict=True):
             ok &= writer.sync(values, revision, arrival)
+            if writer.written is not None:
+                for runner in runners:
+                    batch.setdefault(runner, []).append((writer.settings.path, *writer.written))
+        for runner, files in batch.items():
+            runner.trigger(WriteNotice(revision, tuple(files)))
         if ok:
             self._confirm()
         else:
@@ -288,7 +311,7 @@ class Syncer:
             ):
                 self._flush(first_arrival)
                 pending_since = first_arrival = None
-            if progress_asked is None and now - last_response >= PROGRESS_INTERVAL:
+            if progress_asked is None and now - last_response >= self._progress_interval:
                 stream.request_progress()
                 progress_asked = now
             elif progress_asked is not None and now - progress_asked >= STALL_TIMEOUT:

@@ -84,7 +84,7 @@ def test_failing_endpoint_is_retried_and_gets_one_success_per_batch(
     assert [p["ok"] for p in endpoint.posts] == [False, False, True]
     # The action runs after the file is in place: the endpoint saw the new content.
     assert json.loads(endpoint.posts[0]["file"]) == {"a": "1"}
-    assert endpoint.posts[-1]["body"]["output"] == str(out)
+    assert [o["path"] for o in endpoint.posts[-1]["body"]["outputs"]] == [str(out)]
 
     revision = etcd.ctl.put("/app/a", "2")
     wait_until(lambda: len(endpoint.successes()) == 2, timeout=10)
@@ -205,14 +205,14 @@ def test_exec_action_runs_once_per_write(etcd, make_sidecar, tmp_path):
 
 def _runner(kind: str, spec: str, timeout: float | None = None):
     metrics = Metrics(CollectorRegistry())
-    return ActionRunner(kind, spec, "/tmp/out", metrics, timeout=timeout), metrics
+    return ActionRunner(kind, spec, metrics, timeout=timeout), metrics
 
 
 def test_exec_action_is_time_limited_and_failures_are_counted():
     runner, metrics = _runner("exec", "sleep 30", timeout=0.3)
     started = time.monotonic()
     try:
-        runner.trigger(WriteNotice("/tmp/out", 5, "ab", 2))
+        runner.trigger(WriteNotice(5, (("/tmp/out", "ab", 2),)))
         wait_until(
             lambda: metrics.registry.get_sample_value(
                 "etcd_sidecar_reloads_total", {"action": "exec", "result": "failure"}
@@ -233,10 +233,10 @@ def test_newer_write_supersedes_a_failing_retry(tmp_path):
     script.chmod(0o755)
     runner, metrics = _runner("exec", str(script))
     try:
-        runner.trigger(WriteNotice("/tmp/out", 1, "aa", 1))
+        runner.trigger(WriteNotice(1, (("/tmp/out", "aa", 1),)))
         wait_until(lambda: seen.exists() and seen.read_text().count("attempt") >= 2, timeout=10)
         flag.write_text("")
-        runner.trigger(WriteNotice("/tmp/out", 2, "bb", 1))
+        runner.trigger(WriteNotice(2, (("/tmp/out", "bb", 1),)))
         wait_until(
             lambda: (
                 metrics.registry.get_sample_value(
@@ -255,3 +255,35 @@ def test_newer_write_supersedes_a_failing_retry(tmp_path):
         )
         == 1
     )
+
+
+def test_outputs_sharing_an_action_trigger_it_once_per_batch(
+    etcd, make_sidecar, tmp_path, reload_endpoint
+):
+    endpoint = reload_endpoint()
+    out = tmp_path / "out"
+    out.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "etcd": {"endpoints": [etcd.client_url]},
+                "on_change_url": endpoint.url,
+                "outputs": [
+                    {"path": str(out / "a.json"), "prefix": "/app/a/"},
+                    {"path": str(out / "b.json"), "prefix": "/app/b/"},
+                ],
+            }
+        )
+    )
+    etcd.ctl.txn_put({"/app/a/x": "1", "/app/b/y": "1"})
+    make_sidecar(["--config", str(config)])
+    wait_until(lambda: len(endpoint.successes()) == 1, timeout=10)
+    revision = etcd.ctl.txn_put({"/app/a/x": "2", "/app/b/y": "2"})
+    wait_until(lambda: len(endpoint.successes()) == 2, timeout=10)
+    body = endpoint.posts[-1]["body"]
+    assert body["revision"] == revision
+    assert sorted(o["path"] for o in body["outputs"]) == [str(out / "a.json"), str(out / "b.json")]
+    etcd.ctl.put("/app/b/y", "3")
+    wait_until(lambda: len(endpoint.successes()) == 3, timeout=10)
+    assert [o["path"] for o in endpoint.posts[-1]["body"]["outputs"]] == [str(out / "b.json")]

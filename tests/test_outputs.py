@@ -30,7 +30,7 @@ def _config(tmp_path, etcd_url: str, template: str) -> str:
                 "prefix": "/app/",
                 "format": "template",
                 "template": str(tmp_path / "page.j2"),
-                "mode": 0o600,
+                "mode": "0600",
             },
         ],
     }

@@ -258,3 +258,32 @@ def test_kubernetes_events_on_needs_the_pod_identity():
     env = {"POD_NAME": "shop-0", "POD_NAMESPACE": "shop", "POD_UID": "u-1"}
     s = settings_for(["run", "--prefix", "/a/", "--kubernetes-events", "on"], env)
     assert (s.pod_name, s.pod_namespace, s.pod_uid) == ("shop-0", "shop", "u-1")
+
+
+def test_yaml_modes_are_octal_in_every_spelling(tmp_path):
+    for spelling, expected in (("0644", 0o644), ('"0600"', 0o600), ("400", 0o400)):
+        config = tmp_path / "c.yaml"
+        config.write_text(f"prefix: /a/\nfile_mode: {spelling}\n")
+        assert settings_for(["run", "--config", str(config)]).outputs[0].mode == expected
+
+
+def test_leading_zero_password_in_yaml_stays_text(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("prefix: /a/\netcd: {username: u, password: 0123}\n")
+    assert settings_for(["run", "--config", str(config)]).etcd.password == "0123"
+
+
+def test_credentials_in_an_endpoint_url_are_refused_without_being_printed():
+    with pytest.raises(SettingsError) as info:
+        settings_for(["run", "--prefix", "/a/", "--etcd-endpoints", "http://u:hunter2@h:2379"])
+    assert info.value.setting == "--etcd-endpoints"
+    assert "hunter2" not in str(info.value)
+
+
+def test_non_utf8_yaml_and_huge_numbers_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"\xff\xfe: 1\n")
+    _one_line_error(run_cli("check", "--config", str(bad)), "--config", "UTF-8")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("prefix: /a/\ndebounce: " + "9" * 400 + "\n")
+    _one_line_error(run_cli("check", "--config", str(huge)), "debounce")
