@@ -88,7 +88,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
     """The app for one sidecar. Handlers only read memory, so a slow etcd or disk never slows a
     probe."""
 
-    def health(request: Request) -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         """Liveness. 503 makes kubelet restart the container: only when the sync loop is dead or
         has not ticked for STUCK_AFTER seconds. etcd being down is not a reason: a restart would
         not bring it back, and the last good file keeps the app working."""
@@ -101,7 +101,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
             return JSONResponse({"status": "stuck", "reason": f"no heartbeat for {stale}s"}, 503)
         return JSONResponse({"status": "ok"})
 
-    def ready(request: Request) -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         """Readiness and startup. 503 keeps the pod out of Service endpoints (and, as a native
         sidecar's startupProbe, holds the app container back) until every output is current."""
         missing = state.missing_for_ready(time.monotonic(), settings.max_staleness)
@@ -109,7 +109,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
             return JSONResponse({"status": "not ready", "missing": missing}, 503)
         return JSONResponse({"status": "ready", "revision": state.outputs_revision})
 
-    def metrics_endpoint(request: Request) -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(metrics.registry), headers={"Content-Type": content_type})
 
@@ -128,7 +128,7 @@ def create_app(settings: Settings, state: MirrorState, metrics: Metrics) -> Star
         entries = [key_entry(kv, settings.redact) for kv in kvs if kv.key.startswith(prefix)]
         return JSONResponse({"revision": revision, "keys": entries})
 
-    def get_key(request: Request) -> JSONResponse:
+    async def get_key(request: Request) -> JSONResponse:
         if (denied := refused(request)) is not None:
             return denied
         key = "/" + request.path_params["path"]

@@ -51,16 +51,25 @@ class MirrorState:
     sync: SyncStatus = field(default_factory=SyncStatus)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     ignored_events: int = 0
+    # Keys changed since take_changes() (value, or None when deleted); None means everything.
+    changes: dict[bytes, bytes | None] | None = None
 
     def selected(self, key: bytes) -> bool:
         return any(r.contains(key) for r in self.ranges)
 
     def replace(self, revision: int, kvs: Iterable[KeyValue]) -> None:
         """Adopt a full read: whatever it lacks was deleted."""
-        fresh = {kv.key: kv for kv in kvs if self.selected(kv.key)}
+        if len(self.ranges) == 1 and self.ranges[0].end not in (b"", b"\0"):
+            # One prefix, the common case: the same test as selected(), inline (a call per key
+            # is a noticeable part of a 100,000-key relist).
+            start, end = self.ranges[0].start, self.ranges[0].end
+            fresh = {kv.key: kv for kv in kvs if start <= kv.key < end}
+        else:
+            fresh = {kv.key: kv for kv in kvs if self.selected(kv.key)}
         with self.lock:
             self.kvs = fresh
             self.revision = revision
+            self.changes = None
 
     def apply(self, events: Sequence[Event]) -> bool:
         """Apply one watch response as a whole. Events at or below the applied revision are stale
@@ -75,10 +84,13 @@ class MirrorState:
                 if not self.selected(event.key):
                     continue
                 if event.value is None:
-                    changed |= self.kvs.pop(event.key, None) is not None
+                    if self.kvs.pop(event.key, None) is None:
+                        continue
                 else:
                     self.kvs[event.key] = KeyValue(event.key, event.value, event.mod_revision)
-                    changed = True
+                changed = True
+                if self.changes is not None:
+                    self.changes[event.key] = event.value
             self.revision = max(self.revision, fresh[-1].mod_revision)
         return changed
 
@@ -97,6 +109,11 @@ class MirrorState:
             revisions = [kv.mod_revision for key, kv in self.kvs.items() if key_range.contains(key)]
             result.append((len(revisions), max(revisions, default=0)))
         return result
+
+    def take_changes(self) -> dict[bytes, bytes | None] | None:
+        """The keys changed since the last call (None: everything may have), and forget them."""
+        changes, self.changes = self.changes, {}
+        return changes
 
     def values(self) -> dict[bytes, bytes]:
         return {key: kv.value for key, kv in self.kvs.items()}

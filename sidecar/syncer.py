@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -216,12 +217,15 @@ class Syncer:
         return ok
 
     def _flush(self, arrival: float | None) -> bool:
-        values = self.state.values()
+        changes = self.state.take_changes()
+        # Every key is copied only when a writer needs them all (a relist, a format other than
+        # json, or a change the json document cannot apply by itself).
+        values = functools.cache(self.state.values)
         revision = self.state.revision
         ok = True
         batch: dict[ActionRunner, list[tuple[str, str, int]]] = {}
         for writer, runners in zip(self.writers, self._actions_of, strict=True):
-            ok &= writer.sync(values, revision, arrival)
+            ok &= writer.sync(values, revision, arrival, changes)
             if writer.written is not None:
                 for runner in runners:
                     batch.setdefault(runner, []).append((writer.settings.path, *writer.written))

@@ -571,3 +571,49 @@ def test_unknown_format_and_missing_template_are_programming_errors():
         render("toml", {}, 1)
     with pytest.raises(ValueError, match="template"):
         render("template", {}, 1)
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "exact_keys"),
+    [(["/app/"], []), (["/app/", "/other/"], ["/x"]), ([], ["/app/a", "/x"])],
+)
+def test_json_document_updates_match_a_full_render(prefixes, exact_keys):
+    """The incremental json document gives exactly the bytes (or the error) of a full render
+    after every watch response, over a seeded random walk with deletes, non-UTF-8 values and
+    keys that collide on one name."""
+    from sidecar.render import JsonDocument
+
+    rng = random.Random(20261204)
+    candidates = [
+        b"/app/a",
+        b"/app/b/c",
+        b"/app//a",
+        b"/app/",
+        b"/other/z",
+        b"/x",
+        b"/y",
+        b"/app/\xc3\xa9",
+    ]
+    values = [b"1", b"two words", b'q"uote\\', b"\xff\xfe", "ünï".encode(), b""]
+    keys: dict[bytes, bytes] = {}
+    document = JsonDocument(prefixes, exact_keys)
+    for _ in range(3000):
+        changes: dict[bytes, bytes | None] = {}
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(candidates)
+            if key in keys and rng.random() < 0.3:
+                del keys[key]
+                changes[key] = None
+            else:
+                keys[key] = changes[key] = rng.choice(values)
+        try:
+            expected = render("json", output_names(keys, prefixes, exact_keys), 1)
+        except RenderError as exc:
+            expected = type(exc)
+        try:
+            if not document.update(changes):
+                document.rebuild(keys)
+            got = document.render()
+        except RenderError as exc:
+            got = type(exc)
+        assert got == expected
