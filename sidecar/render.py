@@ -68,51 +68,30 @@ def _select(
     """output_names' work, unsorted, with the key each name came from."""
     wanted_prefixes = sorted({p.encode() for p in prefixes})
     wanted_keys = {k.encode() for k in exact_keys}
-    relative_to = (
-        wanted_prefixes[0].decode() if len(wanted_prefixes) == 1 and not wanted_keys else None
-    )
+    # With one prefix (and no exact keys) names are relative to it. The prefix is whole UTF-8
+    # characters, so decoding the rest alone gives the same name as decoding the whole key.
+    cut = len(wanted_prefixes[0]) if len(wanted_prefixes) == 1 and not wanted_keys else 0
+    starts = tuple(wanted_prefixes)
 
     named: dict[str, bytes] = {}
     source: dict[str, bytes] = {}
     bad: list[str] = []
     collisions: list[tuple[str, str, str]] = []
-    if relative_to is not None:
-        # One prefix (the common case): every key is that prefix plus a name. The prefix is whole
-        # UTF-8 characters, so decoding the rest alone gives the same name as decoding it all.
-        prefix = wanted_prefixes[0]
-        cut = len(prefix)
-        for raw_key, value in keys.items():
-            if not raw_key.startswith(prefix):
-                continue
-            try:
-                name = raw_key[cut:].decode("utf-8").lstrip("/")
-            except UnicodeDecodeError:
-                bad.append(repr(raw_key))
-                continue
-            if not name:
-                continue
-            if name in named:
-                collisions.append((name, source[name].decode(), raw_key.decode()))
-                continue
-            named[name] = value
-            source[name] = raw_key
-    else:
-        starts = tuple(wanted_prefixes)
-        for raw_key, value in keys.items():
-            if raw_key not in wanted_keys and not raw_key.startswith(starts):
-                continue
-            try:
-                name = raw_key.decode("utf-8").lstrip("/")
-            except UnicodeDecodeError:
-                bad.append(repr(raw_key))
-                continue
-            if not name:
-                continue
-            if name in named:
-                collisions.append((name, source[name].decode(), raw_key.decode()))
-                continue
-            named[name] = value
-            source[name] = raw_key
+    for raw_key, value in keys.items():
+        if not raw_key.startswith(starts) and raw_key not in wanted_keys:
+            continue
+        try:
+            name = raw_key[cut:].decode("utf-8").lstrip("/")
+        except UnicodeDecodeError:
+            bad.append(repr(raw_key))
+            continue
+        if not name:
+            continue
+        if name in named:
+            collisions.append((name, source[name].decode(), raw_key.decode()))
+            continue
+        named[name] = value
+        source[name] = raw_key
 
     if bad:
         raise RenderError(
