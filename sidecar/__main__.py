@@ -27,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    # No abbreviations: `--pre` silently meaning `--prefix` would turn a typo into a setting.
     parser = _Parser(
+        allow_abbrev=False,
         prog="etcd-config-sidecar",
         description="Mirror etcd v3 keys into a file, atomically and consistently.",
     )
@@ -38,12 +40,18 @@ def _parser() -> argparse.ArgumentParser:
         ("once", "sync every output once and exit (init-container mode)"),
         ("check", "validate the configuration without contacting etcd or writing files"),
     ):
-        add_setting_flags(commands.add_parser(name, help=help_text, description=help_text))
-    get = commands.add_parser("get", help="look one key up in a running sidecar")
+        add_setting_flags(
+            commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
+        )
+    get = commands.add_parser(
+        "get", help="look one key up in a running sidecar", allow_abbrev=False
+    )
     get.add_argument("key", help="the etcd key, e.g. /apps/shop/db/host")
     get.add_argument("--url", default="http://127.0.0.1:9180", help="the sidecar's HTTP address")
     get.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
-    fleet = commands.add_parser("fleet", help="compare the sidecars of matching pods")
+    fleet = commands.add_parser(
+        "fleet", help="compare the sidecars of matching pods", allow_abbrev=False
+    )
     fleet.add_argument("key", nargs="?", help="also show this key's value in every pod")
     fleet.add_argument("--namespace", "-n", required=True)
     fleet.add_argument("--selector", "-l", required=True, help="label selector, e.g. app=shop")

@@ -287,3 +287,7 @@ def test_non_utf8_yaml_and_huge_numbers_exit_2(tmp_path):
     huge = tmp_path / "huge.yaml"
     huge.write_text("prefix: /a/\ndebounce: " + "9" * 400 + "\n")
     _one_line_error(run_cli("check", "--config", str(huge)), "debounce")
+
+
+def test_flag_abbreviations_are_not_accepted():
+    _one_line_error(run_cli("check", "--pre", "/a/"), "--pre")
