@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar.logs import get_logger
+from sidecar.loopback import urlopen
 from sidecar.metrics import Metrics
 
 log = get_logger("actions")
@@ -90,7 +91,7 @@ def _post_url(url: str, notice: WriteNotice, timeout: float) -> None:
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urlopen(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         raise ActionFailed(f"POST answered {exc.code}") from None

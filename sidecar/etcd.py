@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 from etcd3.etcdrpc import rpc_pb2
 
+from sidecar.loopback import is_loopback
 from sidecar.settings import EtcdSettings
 
 # Every unary call gets a deadline so that a member that stops answering cannot hang the loop.
@@ -190,12 +191,14 @@ class _Connection:
         self.endpoint = endpoint
         self._timeout = timeout
         target = f"{host}:{port}"
+        options = list(_CHANNEL_OPTIONS)
+        if is_loopback(host):
+            # gRPC honours http_proxy like urllib does; no proxy can reach this pod's loopback.
+            options.append(("grpc.enable_http_proxy", 0))
         if settings.uses_tls:
-            self.channel = grpc.secure_channel(
-                target, _tls_credentials(settings), options=_CHANNEL_OPTIONS
-            )
+            self.channel = grpc.secure_channel(target, _tls_credentials(settings), options=options)
         else:
-            self.channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            self.channel = grpc.insecure_channel(target, options=options)
         self._settings = settings
         self._range = self.channel.unary_unary(
             "/etcdserverpb.KV/Range",

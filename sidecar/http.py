@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import fnmatch
-import ipaddress
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ from starlette.routing import Route
 
 from sidecar import __version__
 from sidecar.etcd import KeyValue
+from sidecar.loopback import is_loopback
 from sidecar.metrics import Metrics
 from sidecar.settings import Settings
 from sidecar.state import MirrorState
@@ -26,20 +26,6 @@ from sidecar.state import MirrorState
 # right cure for a stuck loop and harmless for the app: the last good file stays on the volume.
 STUCK_AFTER = 60.0
 REDACTED = "<redacted>"
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether a client address is this pod itself (kubectl port-forward and the main container
-    both arrive on loopback)."""
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def lookup_allowed(access: str, client_host: str | None) -> bool:

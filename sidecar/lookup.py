@@ -10,6 +10,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from sidecar.loopback import urlopen
+
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -29,7 +31,7 @@ def get_command(key: str, url: str, timeout: float) -> int:
     path = urllib.parse.quote("/" + key.lstrip("/"), safe="/")
     target = url.rstrip("/") + "/v1/keys" + path
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:
+        with urlopen(target, timeout=timeout) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

@@ -287,3 +287,25 @@ def test_outputs_sharing_an_action_trigger_it_once_per_batch(
     etcd.ctl.put("/app/b/y", "3")
     wait_until(lambda: len(endpoint.successes()) == 3, timeout=10)
     assert [o["path"] for o in endpoint.posts[-1]["body"]["outputs"]] == [str(out / "b.json")]
+
+
+def test_loopback_requests_ignore_an_http_proxy_in_the_environment(
+    etcd, make_sidecar, tmp_path, reload_endpoint
+):
+    """Pods often carry HTTP_PROXY; a proxy cannot reach this pod's loopback, so the reload POST
+    (and `get` through port-forward) must go direct. The proxy here listens nowhere."""
+    from etcd_harness import free_port
+    from sidecar_proc import run_cli
+
+    dead_proxy = {"HTTP_PROXY": f"http://127.0.0.1:{free_port()}", "http_proxy": "", "NO_PROXY": ""}
+    dead_proxy["http_proxy"] = dead_proxy["HTTP_PROXY"]
+    out = tmp_path / "out" / "c.json"
+    endpoint = reload_endpoint(output=out)
+    etcd.ctl.put("/app/a", "1")
+    sidecar = make_sidecar(
+        ["--prefix", "/app/", "--output", str(out), "--on-change-url", endpoint.url],
+        env=dead_proxy,
+    )
+    wait_until(lambda: len(endpoint.successes()) == 1, timeout=10, message=sidecar.logs)
+    found = run_cli("get", "/app/a", "--url", sidecar.url, env=dead_proxy)
+    assert (found.returncode, found.stdout) == (0, "1\n"), found.stderr

@@ -12,7 +12,8 @@ from etcd_harness import EtcdMember, free_port
 from polling import wait_until
 from sidecar_proc import run_cli
 
-from sidecar.http import create_app, is_loopback, lookup_allowed
+from sidecar.http import create_app, lookup_allowed
+from sidecar.loopback import is_loopback
 from sidecar.metrics import create_metrics
 from sidecar.settings import EtcdSettings, OutputSettings, Settings
 from sidecar.syncer import build_state
